@@ -1,0 +1,182 @@
+"""One checkpoint file: safetensors weights + model config + vocabulary (+ optimizer and RNG state for resuming).
+
+Why a single safetensors file: loading it can never execute code (unlike pickle), a checkpoint is always
+self-contained (no model without its vocabulary and config), and one `os.replace` makes the write atomic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, from_dict
+from .vocab import Vocabulary
+
+FORMAT = "captioner-checkpoint-v1"
+SUFFIX = ".safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, damaged, of another format, or not matching the model."""
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    vocab: Vocabulary
+    decoder: dict[str, torch.Tensor]
+    encoder: dict[str, torch.Tensor] | None = None  # only when the encoder was fine-tuned
+    optimizer: dict[str, Any] | None = None
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    train_state: dict[str, Any] = field(default_factory=dict)  # epoch, step, best figure, history...
+    experiment: dict[str, Any] = field(default_factory=dict)  # the resolved experiment config
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Accept `run/best`, `run/best.safetensors` or a run folder (its `best`)."""
+    p = Path(path).expanduser()
+    for cand in (p, p.with_name(p.name + SUFFIX), p / ("best" + SUFFIX), p / ("last" + SUFFIX)):
+        if cand.is_file():
+            return cand
+    raise CheckpointError(f"no checkpoint at {p} (tried {p.name}, {p.name}{SUFFIX}, and best/last{SUFFIX} inside it)")
+
+
+def _state_without_aliases(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses tensors that share memory (tied weights): store each storage once and record aliases."""
+    seen: dict[tuple[int, int, tuple], str] = {}
+    out, aliases = {}, {}
+    for k, v in sd.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key in seen:
+            aliases[k] = seen[key]
+        else:
+            seen[key] = k
+            out[k] = v.detach().contiguous().cpu()
+    return out, aliases
+
+
+def _optimizer_to_tensors(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, meta_state = {}, {}
+    for pid, st in sd["state"].items():
+        meta_state[str(pid)] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                meta_state[str(pid)][k] = v
+    return tensors, {"param_groups": sd["param_groups"], "state": meta_state}
+
+
+def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in meta["state"].items()}
+    for name, t in tensors.items():
+        pid, k = name.split(".", 1)  # "optim." already stripped
+        state.setdefault(int(pid), {})[k] = t
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model_config: ModelConfig,
+    vocab: Vocabulary,
+    decoder: torch.nn.Module,
+    encoder: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+    train_state: dict[str, Any] | None = None,
+    experiment: dict[str, Any] | None = None,
+) -> Path:
+    """Write atomically: a temp file in the same folder, fsync, then os.replace."""
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        path = path.with_name(path.name + SUFFIX)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    dec, dec_alias = _state_without_aliases(decoder.state_dict())
+    tensors.update({f"decoder.{k}": v for k, v in dec.items()})
+    enc_alias: dict[str, str] = {}
+    if encoder is not None:
+        enc, enc_alias = _state_without_aliases(encoder.state_dict())
+        tensors.update({f"encoder.{k}": v for k, v in enc.items()})
+    meta: dict[str, str] = {
+        "format": FORMAT,
+        "model_config": json.dumps(dataclasses.asdict(model_config)),
+        "vocab": vocab.to_json(),
+        "aliases": json.dumps({"decoder": dec_alias, "encoder": enc_alias}),
+        "has_encoder": json.dumps(encoder is not None),
+        "train_state": json.dumps(train_state or {}),
+        "experiment": json.dumps(experiment or {}),
+    }
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optimizer_to_tensors(optimizer.state_dict())
+        tensors.update(opt_tensors)
+        meta["optimizer"] = json.dumps(opt_meta)
+    for k, v in (rng or {}).items():
+        tensors[f"rng.{k}"] = v.contiguous().cpu()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _restore_aliases(sd: dict[str, torch.Tensor], aliases: dict[str, str]) -> dict[str, torch.Tensor]:
+    for k, src in aliases.items():
+        sd[k] = sd[src]
+    return sd
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint without executing anything from it; every problem becomes a CheckpointError."""
+    p = resolve_checkpoint(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(p), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{p}: not a readable safetensors checkpoint ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a captioner checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+    try:
+        model_config = from_dict(ModelConfig, json.loads(meta["model_config"]))
+        vocab = Vocabulary.from_json(meta["vocab"])
+        aliases = json.loads(meta["aliases"])
+        parts: dict[str, dict[str, torch.Tensor]] = {"decoder": {}, "encoder": {}, "optim": {}, "rng": {}}
+        for name, t in tensors.items():
+            head, rest = name.split(".", 1)
+            parts[head][rest] = t
+        optimizer = _optimizer_from_tensors(parts["optim"], json.loads(meta["optimizer"])) if "optimizer" in meta else None
+        ckpt = Checkpoint(
+            model_config=model_config,
+            vocab=vocab,
+            decoder=_restore_aliases(parts["decoder"], aliases["decoder"]),
+            encoder=_restore_aliases(parts["encoder"], aliases["encoder"]) if json.loads(meta["has_encoder"]) else None,
+            optimizer=optimizer,
+            rng=parts["rng"],
+            train_state=json.loads(meta.get("train_state", "{}")),
+            experiment=json.loads(meta.get("experiment", "{}")),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"{p}: damaged checkpoint metadata ({type(err).__name__}: {err})") from None
+    if model_config.vocab_size != len(vocab):
+        raise CheckpointError(f"{p}: model expects {model_config.vocab_size} words but the stored vocabulary has {len(vocab)}")
+    return ckpt

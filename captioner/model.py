@@ -1,0 +1,90 @@
+"""Show and Tell decoder (Vinyals et al. 2015): the image embedding is the LSTM's first input, then <start> and the words.
+
+The encoder is kept out of this module: with a frozen CNN the decoder trains on cached pooled features, and the
+same decoder serves end-to-end training when the caller runs the encoder first.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .config import ModelConfig
+
+State = tuple[torch.Tensor, ...]
+
+
+class ShowTellDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.feature_dim <= 0 or cfg.vocab_size <= 4:
+            raise ValueError(f"ModelConfig needs feature_dim and vocab_size filled in, got {cfg}")
+        self.cfg = cfg
+        self.feature_dropout = nn.Dropout(cfg.feature_dropout)
+        self.image_proj = nn.Linear(cfg.feature_dim, cfg.embed_size)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, padding_idx=0)
+        self.lstm = nn.LSTM(
+            cfg.embed_size,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        # Weight tying needs the output layer to read embed-sized vectors; project when the sizes differ.
+        self.out_proj = nn.Linear(cfg.hidden_size, cfg.embed_size) if cfg.tie_weights and cfg.hidden_size != cfg.embed_size else None
+        self.head = nn.Linear(cfg.embed_size if cfg.tie_weights else cfg.hidden_size, cfg.vocab_size)
+        if cfg.tie_weights:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        nn.init.zeros_(self.head.bias)
+        for name, p in self.lstm.named_parameters():
+            if "bias" in name:  # forget-gate bias 1: the usual LSTM trick for stable early training
+                nn.init.zeros_(p)
+                n = p.shape[0] // 4
+                p.data[n : 2 * n] = 1.0
+
+    def embed_image(self, features: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(self.feature_dropout(features))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(hidden)
+        if self.out_proj is not None:
+            hidden = self.out_proj(hidden)
+        return self.head(hidden)
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing. captions [B, T] = <start> w1..wn <end> <pad>..., lengths = n + 2.
+
+        Returns (logits [N, V], targets [N]) over the N real target positions only, so the vocabulary projection
+        never runs on padding.
+        """
+        inputs, targets = captions[:, :-1], captions[:, 1:]
+        x = torch.cat([self.embed_image(features).unsqueeze(1), self.embed(inputs)], dim=1)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        out = out[:, 1:]  # the output after the image alone predicts nothing (Show and Tell's t = -1)
+        mask = torch.arange(targets.shape[1], device=lengths.device)[None, :] < (lengths - 1)[:, None]
+        return self.logits(out[mask]), targets[mask]
+
+    # ---- step interface used by captioner.decoding -------------------------------------------------------------
+
+    def init_state(self, features: torch.Tensor) -> State:
+        _, state = self.lstm(self.embed_image(features).unsqueeze(1))
+        return state
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        out, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
+        return self.logits(out[:, 0]), state
+
+    def reorder_state(self, state: State, index: torch.Tensor) -> State:
+        return tuple(s.index_select(1, index) for s in state)
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
