@@ -1,0 +1,10 @@
+"""The error types a user can cause; the CLI prints them as one clear line instead of a traceback."""
+from .checkpoint import CheckpointError
+from .config import ConfigError
+from .data import DataError
+from .images import ImageError
+from .train import TrainingError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, CheckpointError, ImageError, TrainingError, FileNotFoundError)
+
+__all__ = ["USER_ERRORS", "CheckpointError", "ConfigError", "DataError", "ImageError"]

@@ -1,0 +1,541 @@
+"""Cross-entropy training of the Show and Tell decoder: one loop for CPU, GPU and DDP.
+
+    captioner train --config configs/coco_subset.yaml
+    captioner train --config configs/coco_subset.yaml train.epochs=3 model.hidden_size=256
+    captioner train --resume runs/<run>/
+    torchrun --nproc_per_node=2 -m captioner train --config configs/coco_subset.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
+from .data import Sample, load_split
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .encoders import create_encoder
+from .features import FeatureStore, load_or_extract
+from .model import ShowTellDecoder, caption_loss
+from .vocab import Vocabulary
+
+log = logging.getLogger("captioner.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Stopped by a signal (or `stop_after_steps`) after saving a resumable `last` checkpoint."""
+
+    def __init__(self, run_dir: Path, signum: int | None):
+        super().__init__(f"training stopped; resume with: captioner train --resume {run_dir}")
+        self.run_dir, self.signum = run_dir, signum
+
+
+# --------------------------------------------------------------------------- devices, schedules
+
+
+def resolve_device(spec: str, dist_info: DistInfo | None = None) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and dist_info is not None and dist_info.enabled:
+        spec = f"cuda:{dist_info.local_rank}"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={spec!r} but CUDA is not available here; use train.device=cpu")
+    return torch.device(spec)
+
+
+def autocast_context(amp: str, device: torch.device):
+    """bf16 autocast on CUDA by default; off on CPU unless asked (CPU bf16 is slower on most laptops)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_factor(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier as a pure function of the step, so resuming needs no scheduler state."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "step":
+        return cfg.gamma ** ((step // max(steps_per_epoch, 1)) // max(cfg.step_size, 1))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scheduled_sampling_prob(epoch: int, cfg: TrainConfig) -> float:
+    if cfg.scheduled_sampling <= 0:
+        return 0.0
+    if cfg.scheduled_sampling_ramp <= 0:
+        return cfg.scheduled_sampling
+    return cfg.scheduled_sampling * min(1.0, epoch / cfg.scheduled_sampling_ramp)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class _Indices(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+@dataclass
+class CaptionSet:
+    """Every (image, caption) pair of a split, tokenized once into padded tensors; features gathered per batch."""
+
+    image_ids: list[str]  # one per caption
+    captions: torch.Tensor  # [N, max_len + 2] long, <start> .. <end> <pad>...
+    lengths: torch.Tensor  # [N]
+    feature_rows: torch.Tensor  # [N] rows into store.features
+    store: FeatureStore
+
+    @classmethod
+    def build(cls, samples: Sequence[Sample], store: FeatureStore, vocab: Vocabulary, max_len: int) -> "CaptionSet":
+        ids, encoded = [], []
+        for s in samples:
+            if s.image_id not in store.index:
+                continue  # unreadable image, already reported by the feature cache
+            for cap in s.captions:
+                ids.append(s.image_id)
+                encoded.append(vocab.encode(cap, max_len))
+        if not encoded:
+            raise ConfigError("no captions left to train on after dropping unreadable images")
+        caps = torch.zeros(len(encoded), max_len + 2, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            caps[i, : len(e)] = torch.tensor(e)
+        lengths = torch.tensor([len(e) for e in encoded])
+        return cls(ids, caps, lengths, store.rows(ids), store)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def collate(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx_t = torch.tensor(idx, dtype=torch.long)
+        lengths = self.lengths[idx_t]
+        caps = self.captions[idx_t, : int(lengths.max())]
+        return self.store.features[self.feature_rows[idx_t]], caps, lengths
+
+    def loader(self, batch_size: int, dist_info: DistInfo, seed: int, shuffle: bool) -> tuple[DataLoader, DistributedSampler]:
+        # DistributedSampler with world size 1 is the single-process path too: one code path, seeded by set_epoch.
+        sampler = DistributedSampler(
+            _Indices(len(self)), num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
+        # A private generator keeps DataLoader from drawing on the global RNG, so dropout masks after a resume are
+        # exactly those of an uninterrupted run.
+        loader = DataLoader(_Indices(len(self)), batch_size=batch_size, sampler=sampler, collate_fn=self.collate,
+                            generator=torch.Generator().manual_seed(seed))
+        return loader, sampler
+
+
+# --------------------------------------------------------------------------- one epoch, evaluation
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # the epoch being run (or to run next)
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of `epoch` already done (non-zero only after an interrupt)
+    epoch_loss_sum: float = 0.0  # running train loss of `epoch`, so a resumed epoch logs the same mean
+    best: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    cfg: TrainConfig,
+    device: torch.device,
+    total_steps: int,
+    stop_requested: callable,
+    show_progress: bool = True,
+) -> tuple[float, bool]:
+    """Run (the rest of) one epoch. Returns (mean train loss of the epoch so far, interrupted?)."""
+    model.train()
+    steps_per_epoch = len(loader)
+    base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    interrupted = False
+    bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+               unit="batch", disable=not show_progress, dynamic_ncols=True, leave=False)
+    for b, (feats, caps, lengths) in enumerate(loader):
+        if b < state.batch_in_epoch:
+            continue  # resuming mid-epoch: the sampler order is a function of (seed, epoch), so skip what was done
+        factor = lr_factor(state.step, total_steps, steps_per_epoch, cfg)
+        for g, base in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = base * factor
+        feats, caps, lengths = feats.to(device, non_blocking=True), caps.to(device), lengths.to(device)
+        with autocast_context(cfg.amp, device):
+            logits, targets = model(feats, caps, lengths)
+        loss = caption_loss(logits, targets, cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step}; "
+                                "stopping with the last good checkpoint kept (lower train.lr or set train.grad_clip)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        state.step += 1
+        state.batch_in_epoch = b + 1
+        state.epoch_loss_sum += loss.item()
+        bar.update(1)
+        if state.batch_in_epoch % 10 == 0:
+            bar.set_postfix(loss=f"{state.epoch_loss_sum / state.batch_in_epoch:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if stop_requested():
+            interrupted = True
+            break
+    bar.close()
+    return state.epoch_loss_sum / max(state.batch_in_epoch, 1), interrupted
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: str = "off") -> float:
+    """Token-level mean cross-entropy on the validation captions, reduced across ranks."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for feats, caps, lengths in loader:
+        with autocast_context(amp, device):
+            logits, targets = model(feats.to(device), caps.to(device), lengths.to(device))
+        total += caption_loss(logits, targets).item() * targets.numel()
+        tokens += targets.numel()
+    total, tokens = all_reduce_sum([total, float(tokens)], device)
+    return total / max(tokens, 1.0)
+
+
+# --------------------------------------------------------------------------- run folder, logging
+
+
+def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_losses(path: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy per token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _tensorboard(run_dir: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _new_run_dir(cfg: ExperimentConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.output_dir).expanduser() / f"{cfg.name}-{stamp}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(cfg.output_dir).expanduser() / f"{cfg.name}-{stamp}-{n}"
+    return run_dir
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a resumable checkpoint at the next batch boundary and exits."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # second Ctrl-C: give up immediately
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("signal %d received: saving a resumable checkpoint and stopping", signum)
+
+    def __enter__(self) -> "StopFlag":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Prepared:
+    vocab: Vocabulary
+    train_set: CaptionSet
+    val_set: CaptionSet
+    val_samples: list[Sample]
+    model_config: ModelConfig
+
+
+def prepare_data(cfg: ExperimentConfig, device: torch.device, vocab: Vocabulary | None = None, quiet: bool = False) -> Prepared:
+    """Load captions, build (or reuse) the vocabulary, and get cached features for train and val."""
+    train_samples, _ = load_split(cfg.data, "train")
+    val_samples, _ = load_split(cfg.data, "val")
+    if vocab is None:
+        vocab = Vocabulary.build((c for s in train_samples for c in s.captions), cfg.vocab.min_count)
+    encoder = create_encoder(cfg.model.encoder, pretrained=True)
+    train_store = load_or_extract(cfg.model.encoder, train_samples, cfg.features, device, strict=cfg.data.strict, desc="train features", encoder=encoder)
+    val_store = load_or_extract(cfg.model.encoder, val_samples, cfg.features, device, strict=cfg.data.strict, desc="val features", encoder=encoder)
+    model_cfg = ModelConfig(**{**asdict(cfg.model), "feature_dim": encoder.spec.feature_dim, "vocab_size": len(vocab)})
+    return Prepared(
+        vocab,
+        CaptionSet.build(train_samples, train_store, vocab, cfg.vocab.max_len),
+        CaptionSet.build(val_samples, val_store, vocab, cfg.vocab.max_len),
+        [s for s in val_samples if s.image_id in val_store.index],
+        model_cfg,
+    )
+
+
+def build_optimizer(decoder: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings (the usual nanoGPT split)."""
+    decay, no_decay = [], []
+    for name, p in decoder.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    for g in opt.param_groups:
+        g["initial_lr"] = cfg.lr
+    return opt
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def set_rng_state(rng: dict[str, torch.Tensor]) -> None:
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"].cpu())
+    if torch.cuda.is_available():
+        states = [rng[f"cuda{i}"].cpu() for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def train(cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, show_progress: bool = True,
+          stop_after_steps: int | None = None) -> Path:
+    """Train (or resume) a run; returns the run folder. Everything the run needs is written into it.
+
+    `stop_after_steps` behaves like a SIGINT after that many optimizer steps (for tests of exact resumption).
+    """
+    if cfg.train.finetune_encoder:
+        raise ConfigError("train.finetune_encoder=true: end-to-end training from images is not implemented in this release; "
+                          "train on cached features (the default)")
+    dist_info = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(cfg.train.device, dist_info)
+    try:
+        return _train(cfg, run_dir, resume, device, dist_info, show_progress and dist_info.is_main, stop_after_steps)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: torch.device, dist_info: DistInfo,
+           show_progress: bool, stop_after_steps: int | None) -> Path:
+    ckpt = None
+    if resume:
+        assert run_dir is not None
+        ckpt = load_checkpoint(run_dir / "last.safetensors")
+        if ckpt.optimizer is None or not ckpt.train_state:
+            raise CheckpointError(f"{run_dir}/last.safetensors holds no training state; it cannot be resumed")
+        state = from_dict(TrainState, ckpt.train_state)
+        if state.finished:
+            log.info("run %s already finished (epoch %d); nothing to do", run_dir, state.epoch)
+            return run_dir
+    else:
+        state = TrainState()
+        run_dir = run_dir or _new_run_dir(cfg)
+    torch.manual_seed(cfg.train.seed)
+    prep = prepare_data(cfg, device, vocab=ckpt.vocab if ckpt else None)
+    if ckpt is not None and ckpt.model_config != prep.model_config:
+        raise CheckpointError(f"{run_dir}: the checkpoint's model config differs from the run's config.yaml")
+    decoder = ShowTellDecoder(prep.model_config).to(device)
+    optimizer = build_optimizer(decoder, cfg.train)
+    if ckpt is not None:
+        decoder.load_state_dict(ckpt.decoder)
+        optimizer.load_state_dict(ckpt.optimizer)
+        set_rng_state(ckpt.rng)
+    model = DistributedDataParallel(decoder) if dist_info.enabled else decoder
+    train_loader, sampler = prep.train_set.loader(cfg.train.batch_size, dist_info, cfg.train.seed, shuffle=True)
+    val_loader, _ = prep.val_set.loader(cfg.train.batch_size * 2, dist_info, cfg.train.seed, shuffle=False)
+    total_steps = cfg.train.epochs * len(train_loader)
+
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "vocab.json").write_text(prep.vocab.to_json())
+        log.info("run folder %s: %d train captions (%d images), %d val captions, vocabulary %d words, %d decoder parameters",
+                 run_dir, len(prep.train_set), len(prep.train_set.store.ids), len(prep.val_set), len(prep.vocab),
+                 sum(p.numel() for p in decoder.parameters()))
+    tb = _tensorboard(run_dir, cfg.train.tensorboard) if dist_info.is_main else None
+
+    def save(name: str) -> None:
+        if dist_info.is_main:
+            save_checkpoint(run_dir / name, model_config=prep.model_config, vocab=prep.vocab, decoder=decoder,
+                            optimizer=optimizer, rng=rng_state(), train_state=asdict(state), experiment=to_dict(cfg))
+
+    with StopFlag() as flag:
+        stop = (lambda: flag() or state.step >= stop_after_steps) if stop_after_steps is not None else flag
+        while state.epoch < cfg.train.epochs:
+            t0 = time.time()
+            sampler.set_epoch(state.epoch)
+            train_loss, interrupted = train_one_epoch(model, train_loader, optimizer, state, cfg.train, device, total_steps,
+                                                      stop, show_progress)
+            if interrupted:
+                save("last")
+                barrier()
+                log.warning("stopped at epoch %d, batch %d", state.epoch + 1, state.batch_in_epoch)
+                raise TrainingInterrupted(run_dir, flag.signum)
+            val_loss = evaluate(model, val_loader, device, cfg.train.amp)
+            row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(train_loss, 5),
+                                   "val_loss": round(val_loss, 5), "lr": optimizer.param_groups[0]["lr"],
+                                   "seconds": round(time.time() - t0, 2)}
+            figure = val_loss
+            if cfg.train.select_metric == "cider" and ((state.epoch + 1) % cfg.train.cider_every == 0 or state.epoch + 1 == cfg.train.epochs):
+                from .evaluate import greedy_cider
+
+                row["val_cider"] = round(greedy_cider(decoder, prep.val_samples, prep.val_set.store, prep.vocab, device), 5)
+                figure = -row["val_cider"]
+            elif cfg.train.select_metric == "cider":
+                figure = None
+            improved = figure is not None and (state.best is None or figure < state.best)
+            if improved:
+                state.best, state.best_epoch, state.bad_epochs = figure, state.epoch + 1, 0
+            elif figure is not None:
+                state.bad_epochs += 1
+            state.history.append(row)
+            state.epoch += 1
+            state.batch_in_epoch, state.epoch_loss_sum = 0, 0.0
+            stop_early = cfg.train.early_stop_patience > 0 and state.bad_epochs >= cfg.train.early_stop_patience
+            state.finished = state.epoch >= cfg.train.epochs or stop_early
+            if dist_info.is_main:
+                msg = " ".join(f"{k}={v}" for k, v in row.items())
+                tqdm.write(f"{msg}{'  *best*' if improved else ''}")
+                _write_csv(run_dir / "metrics.csv", state.history)
+                plot_losses(run_dir / "loss.png", state.history)
+                if tb is not None:
+                    for k, v in row.items():
+                        if k not in ("epoch", "step"):
+                            tb.add_scalar(k, v, state.epoch)
+                if improved:
+                    save("best")
+                save("last")
+            barrier()
+            if stop_early:
+                log.info("early stopping: no improvement for %d epochs", state.bad_epochs)
+                break
+    if tb is not None:
+        tb.close()
+    return run_dir
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("captioner train", add_help=add_help, description="Train a captioning model.")
+    p.add_argument("--config", help="experiment YAML (e.g. configs/coco_subset.yaml)")
+    p.add_argument("--resume", help="run folder to continue exactly where it stopped (uses its config.yaml)")
+    p.add_argument("--run-dir", help="write the run here instead of output_dir/name-timestamp")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=3 model.hidden_size=256")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        run_dir = _main(args)
+    except TrainingInterrupted as stopped:
+        print(str(stopped), file=sys.stderr)
+        return 128 + (stopped.signum or signal.SIGINT)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _main(args: argparse.Namespace) -> Path:
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume uses the run's own config.yaml; do not pass --config with it")
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        return train(cfg, run_dir, resume=True, show_progress=not args.quiet)
+    if not args.config:
+        raise ConfigError("captioner train needs --config FILE (or --resume RUN_DIR)")
+    cfg = load_config(args.config, args.overrides)
+    return train(cfg, Path(args.run_dir) if args.run_dir else None, show_progress=not args.quiet)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(main(get_args_parser().parse_args()))
