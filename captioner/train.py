@@ -431,6 +431,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
 
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # The recorded config is resolved: absolute data root, so `--resume` works from any working directory.
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "vocab.json").write_text(prep.vocab.to_json())
         log.info("run folder %s: %d train captions (%d images), %d val captions, vocabulary %d words, %d decoder parameters",
