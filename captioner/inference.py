@@ -17,7 +17,8 @@ from PIL import Image
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ModelConfig
-from .decoding import DecodeConfig, SpecialTokens, decode
+from .decoding import DecodeConfig, decode
+from .evaluate import special_tokens
 from .encoders import Encoder, build_transform, create_encoder
 from .images import ImageError, load_image
 from .model import ShowTellDecoder
@@ -44,7 +45,7 @@ class Captioner:
         self.decoder = decoder.to(self.device).eval()
         self.vocab, self.model_config, self.source = vocab, model_config, source
         self.transform = build_transform(encoder.spec, train=False)
-        self.special = SpecialTokens(pad=vocab.pad_id, start=vocab.start_id, end=vocab.end_id, unk=vocab.unk_id)
+        self.special = special_tokens(vocab)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Captioner":
