@@ -179,4 +179,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{p}: damaged checkpoint metadata ({type(err).__name__}: {err})") from None
     if model_config.vocab_size != len(vocab):
         raise CheckpointError(f"{p}: model expects {model_config.vocab_size} words but the stored vocabulary has {len(vocab)}")
+    _check_decoder(p, model_config, ckpt.decoder)
     return ckpt
+
+
+def _check_decoder(p: Path, model_config: ModelConfig, decoder: dict[str, torch.Tensor]) -> None:
+    """The weights must be exactly those the stored config builds, and finite: otherwise captions would be garbage."""
+    from .model import ShowTellDecoder
+
+    try:
+        with torch.device("meta"):  # shapes only, no memory
+            expected = {k: tuple(v.shape) for k, v in ShowTellDecoder(model_config).state_dict().items()}
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise CheckpointError(f"{p}: the stored model config cannot be built ({err})") from None
+    problems = [f"missing decoder.{k}" for k in expected if k not in decoder]
+    problems += [f"unexpected decoder.{k}" for k in decoder if k not in expected]
+    problems += [f"decoder.{k} has shape {tuple(decoder[k].shape)}, the config needs {s}"
+                 for k, s in expected.items() if k in decoder and tuple(decoder[k].shape) != s]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{p}: the weights do not match the stored model config: {'; '.join(problems[:3])}{more}")
+    bad = [k for k, v in decoder.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{p}: non-finite values in {', '.join('decoder.' + k for k in bad[:3])}; the checkpoint is damaged")

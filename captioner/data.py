@@ -67,30 +67,71 @@ def _require(obj: Any, keys: Sequence[str], where: str) -> None:
         raise DataError(f"{where}: missing key(s) {', '.join(missing)}")
 
 
+def _list(obj: Any, where: str) -> list:
+    if not isinstance(obj, list):
+        raise DataError(f"{where}: expected a list, got {type(obj).__name__}")
+    return obj
+
+
+def _string(obj: Any, where: str) -> str:
+    if not isinstance(obj, str):
+        raise DataError(f"{where}: expected a string, got {type(obj).__name__} {obj!r:.40}")
+    return obj
+
+
+def _id(obj: Any, where: str) -> int | str:
+    """Image and annotation ids: integers (COCO) or strings; never floats, booleans or containers."""
+    if isinstance(obj, bool) or not isinstance(obj, (int, str)):
+        raise DataError(f"{where}: expected an integer or string id, got {type(obj).__name__} {obj!r:.40}")
+    return obj
+
+
 def load_coco(annotations: Path, images: Path) -> list[Sample]:
     """Official COCO caption JSON, read through pycocotools (the format's reference reader)."""
     from pycocotools.coco import COCO
 
     data = _read_json(annotations)  # validate first: pycocotools fails with bare KeyErrors/asserts
     _require(data, ["images", "annotations"], str(annotations))
-    for i, img in enumerate(data["images"]):
-        _require(img, ["id", "file_name"], f"{annotations}: images[{i}]")
-    for i, ann in enumerate(data["annotations"]):
-        _require(ann, ["image_id", "caption"], f"{annotations}: annotations[{i}]")
+    image_list, ann_list = _list(data["images"], f"{annotations}: images"), _list(data["annotations"], f"{annotations}: annotations")
+    first: dict[str, int] = {}  # str(id) -> index of its first record; Sample ids are strings, so 1 and "1" collide
+    repeats: list[int] = []
+    for i, img in enumerate(image_list):
+        where = f"{annotations}: images[{i}]"
+        _require(img, ["id", "file_name"], where)
+        _id(img["id"], f"{where}.id")
+        if not _string(img["file_name"], f"{where}.file_name").strip():
+            raise DataError(f"{where}.file_name is empty")
+        j = first.setdefault(str(img["id"]), i)
+        if j != i:
+            if img["file_name"] != image_list[j]["file_name"] or img["id"] != image_list[j]["id"]:
+                raise DataError(f"{where}: image id {img['id']!r} is already used by images[{j}] "
+                                f"({image_list[j]['file_name']!r}); ids must be unique")
+            repeats.append(i)
+    if repeats:
+        log.warning("%s: %d repeated image records ignored (e.g. images[%d], same id and file as an earlier one)",
+                    annotations, len(repeats), repeats[0])
+        skip = set(repeats)
+        image_list = [img for i, img in enumerate(image_list) if i not in skip]
+    for i, ann in enumerate(ann_list):
+        where = f"{annotations}: annotations[{i}]"
+        _require(ann, ["id", "image_id", "caption"], where)
+        _id(ann["id"], f"{where}.id")
+        _id(ann["image_id"], f"{where}.image_id")
         if not isinstance(ann["caption"], str):
-            raise DataError(f"{annotations}: annotations[{i}].caption is not a string")
+            raise DataError(f"{where}.caption is not a string")
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = {"images": image_list, "annotations": ann_list}  # only what is validated reaches pycocotools
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
         coco.createIndex()
     samples = []
-    for image_id in sorted(coco.imgs):
+    for image_id in sorted(coco.imgs, key=lambda k: (isinstance(k, str), k)):
         info = coco.imgs[image_id]
         caps = [a["caption"] for a in coco.imgToAnns.get(image_id, [])]
         samples.append(Sample(str(image_id), images / info["file_name"], caps))
-    unknown = {a["image_id"] for a in data["annotations"]} - set(coco.imgs)
+    unknown = {a["image_id"] for a in ann_list} - set(coco.imgs)
     if unknown:
-        raise DataError(f"{annotations}: {len(unknown)} annotations refer to unknown image ids (e.g. {min(unknown)})")
+        example = min(unknown, key=lambda k: (isinstance(k, str), k))
+        raise DataError(f"{annotations}: {len(unknown)} annotations refer to unknown image ids (e.g. {example!r})")
     return samples
 
 
@@ -102,16 +143,20 @@ def load_karpathy(path: Path, images: Path, split: str, include_restval: bool = 
     _require(data, ["images"], str(path))
     wanted = {split} | ({"restval"} if include_restval else set())
     samples = []
-    for i, img in enumerate(data["images"]):
-        _require(img, ["split", "filename", "sentences"], f"{path}: images[{i}]")
-        if img["split"] not in wanted:
+    for i, img in enumerate(_list(data["images"], f"{path}: images")):
+        where = f"{path}: images[{i}]"
+        _require(img, ["split", "filename", "sentences"], where)
+        if _string(img["split"], f"{where}.split") not in wanted:
             continue
+        if not _string(img["filename"], f"{where}.filename").strip():
+            raise DataError(f"{where}.filename is empty")
         caps = []
-        for j, sent in enumerate(img["sentences"]):
-            _require(sent, ["raw"], f"{path}: images[{i}].sentences[{j}]")
-            caps.append(sent["raw"])
-        image_id = img.get("cocoid", img.get("imgid", img["filename"]))
-        samples.append(Sample(str(image_id), images / img.get("filepath", "") / img["filename"], caps))
+        for j, sent in enumerate(_list(img["sentences"], f"{where}.sentences")):
+            _require(sent, ["raw"], f"{where}.sentences[{j}]")
+            caps.append(_string(sent["raw"], f"{where}.sentences[{j}].raw"))
+        key = "cocoid" if "cocoid" in img else "imgid" if "imgid" in img else "filename"
+        image_id = _id(img[key], f"{where}.{key}")
+        samples.append(Sample(str(image_id), images / _string(img.get("filepath", ""), f"{where}.filepath") / img["filename"], caps))
     return samples
 
 
@@ -124,15 +169,21 @@ def load_flickr8k(path: Path, images: Path, split: str = "", holdout: int = 0) -
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err})") from None
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows or [c.strip().lower() for c in rows[0]] != ["image", "caption"]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[tuple[int, list[str]]] = []
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as err:
+        raise DataError(f"{path}: line {reader.line_num}: not readable as CSV ({err})") from None
+    if not rows or [c.strip().lower() for c in rows[0][1]] != ["image", "caption"]:
         raise DataError(f"{path}: expected a header line 'image,caption'")
     by_image: dict[str, list[str]] = {}
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in rows[1:]:
         if not row:
             continue
-        if len(row) < 2:
-            raise DataError(f"{path}: line {lineno}: expected 'image,caption', got {row!r}")
+        if len(row) < 2 or not row[0].strip():
+            raise DataError(f"{path}: line {lineno}: expected 'image,caption', got {row!r:.80}")
         by_image.setdefault(row[0].strip(), []).append(",".join(row[1:]))
     names = sorted(by_image)
     if split:

@@ -74,6 +74,19 @@ def image_set_hash(samples: Sequence[Sample]) -> str:
     return h.hexdigest()
 
 
+def image_files_signature(samples: Sequence[Sample]) -> str:
+    """Size and modification time of every image file: an image replaced on disk (say, a corrupt file downloaded
+    again) makes the cache stale, though its name, and so the cache file's name, stays the same."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.image_id):
+        try:
+            st = s.path.stat()
+            h.update(f"{s.image_id}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{s.image_id}\t-\n".encode())
+    return h.hexdigest()[:16]
+
+
 def cache_file(cache_dir: str | os.PathLike, encoder_name: str, fingerprint: str, set_hash: str) -> Path:
     return Path(cache_dir).expanduser() / f"{encoder_name}-{fingerprint[:16]}-{set_hash[:16]}.safetensors"
 
@@ -108,19 +121,29 @@ def extract_features(
     return FeatureStore([samples[i].image_id for i in keep.tolist()], feats[keep].contiguous(), failed)
 
 
-def _read_cache(path: Path, fingerprint: str, feature_dim: int, expected_ids: set[str]) -> FeatureStore | None:
-    """A cache file only counts when its fingerprint, shape and image count all match; anything else is rebuilt."""
+def _read_cache(path: Path, fingerprint: str, feature_dim: int, expected_ids: set[str], files: str) -> FeatureStore | None:
+    """A cache file only counts when its fingerprint, dtype, shape and image ids all match; anything else is rebuilt."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != CACHE_FORMAT or meta.get("fingerprint") != fingerprint:
+            log.warning("feature cache %s was written by another encoder, preprocessing or format; rebuilding it", path)
+            return None
+        if meta.get("files", files) != files:  # caches written before this check carry no "files" entry
+            log.warning("feature cache %s: image files changed on disk since it was written; rebuilding it", path)
             return None
         ids, failed = json.loads(meta["ids"]), json.loads(meta["failed"])
         feats = load_file(str(path))["features"]
     except (SafetensorError, OSError, KeyError, ValueError) as err:
         log.warning("feature cache %s is damaged (%s); rebuilding it", path, err)
         return None
-    if feats.ndim != 2 or feats.shape != (len(ids), feature_dim) or set(ids) | set(failed) != expected_ids:
+    if not (isinstance(ids, list) and all(isinstance(k, str) for k in ids) and isinstance(failed, dict)
+            and all(isinstance(v, str) for v in failed.values())):
+        log.warning("feature cache %s has malformed image id lists; rebuilding it", path)
+        return None
+    # Sizes as well as sets: a repeated id would silently shift every later row.
+    if (feats.dtype != torch.float32 or feats.ndim != 2 or feats.shape != (len(ids), feature_dim)
+            or len(ids) + len(failed) != len(expected_ids) or set(ids) | set(failed) != expected_ids):
         log.warning("feature cache %s does not match the image set or encoder; rebuilding it", path)
         return None
     if not torch.isfinite(feats).all():
@@ -143,12 +166,14 @@ def load_or_extract(
     encoder = encoder or create_encoder(encoder_name, pretrained=True)
     fingerprint = spec_fingerprint(encoder.spec)
     path = cache_file(cfg.cache_dir, encoder_name, fingerprint, image_set_hash(samples))
-    store = _read_cache(path, fingerprint, encoder.spec.feature_dim, {s.image_id for s in samples}) if path.is_file() else None
+    files = image_files_signature(samples)
+    store = _read_cache(path, fingerprint, encoder.spec.feature_dim, {s.image_id for s in samples}, files) if path.is_file() else None
     if store is None:
         store = extract_features(encoder, samples, cfg, device, desc=desc)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "ids": json.dumps(store.ids), "failed": json.dumps(store.failed)}
+        meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "files": files, "ids": json.dumps(store.ids),
+                "failed": json.dumps(store.failed)}
         try:
             save_file({"features": store.features}, str(tmp), metadata=meta)
             os.replace(tmp, path)

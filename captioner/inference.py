@@ -19,7 +19,7 @@ from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import ModelConfig
 from .decoding import DecodeConfig, decode
 from .evaluate import special_tokens
-from .encoders import Encoder, build_transform, create_encoder
+from .encoders import Encoder, WeightsUnavailableError, build_transform, create_encoder
 from .images import ImageError, load_image
 from .model import ShowTellDecoder
 from .vocab import Vocabulary
@@ -51,11 +51,17 @@ class Captioner:
     def from_checkpoint(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> "Captioner":
         ckpt = load_checkpoint(path)
         cfg = ckpt.model_config
-        encoder = create_encoder(cfg.encoder, pretrained=ckpt.encoder is None)
+        try:
+            encoder = create_encoder(cfg.encoder, pretrained=ckpt.encoder is None)
+        except (ValueError, WeightsUnavailableError) as err:  # unknown name, or weights not available here
+            raise CheckpointError(f"{path}: cannot build its encoder: {err}") from None
         if encoder.spec.feature_dim != cfg.feature_dim:
             raise CheckpointError(f"{path}: model expects {cfg.feature_dim}-d features but encoder {cfg.encoder} gives {encoder.spec.feature_dim}")
         if ckpt.encoder is not None:
-            encoder.load_state_dict(ckpt.encoder)
+            try:
+                encoder.load_state_dict(ckpt.encoder)
+            except RuntimeError as err:
+                raise CheckpointError(f"{path}: encoder weights do not match encoder {cfg.encoder} ({err})") from None
         decoder = ShowTellDecoder(cfg)
         try:
             decoder.load_state_dict(ckpt.decoder)

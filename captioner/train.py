@@ -12,10 +12,11 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -207,8 +208,12 @@ def train_one_epoch(
             scaler.unscale_(optimizer)
         else:
             loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        # The norm is needed anyway to catch non-finite gradients: a finite loss with NaN gradients would otherwise
+        # poison the weights, and the epoch-end `last` checkpoint with them (max_norm=inf scales by exactly 1).
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if scaler is None and not torch.isfinite(norm):  # (fp16: the scaler skips such steps itself)
+            raise TrainingError(f"gradients became {norm.item()} at epoch {state.epoch + 1}, step {state.step}; "
+                                "stopping with the last good checkpoint kept (lower train.lr or set train.grad_clip)")
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -289,6 +294,16 @@ def _new_run_dir(cfg: ExperimentConfig) -> Path:
         n += 1
         run_dir = Path(cfg.output_dir).expanduser() / f"{cfg.name}-{stamp}-{n}"
     return run_dir
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temp file and os.replace, so a run killed mid-write keeps the previous file whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class StopFlag:
@@ -404,9 +419,18 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
     ckpt = None
     if resume:
         assert run_dir is not None
+        if not (run_dir / "last.safetensors").is_file():  # a run killed before its first epoch ended
+            raise CheckpointError(f"nothing to resume in {run_dir}: it has no last.safetensors yet (the run stopped before "
+                                  f"its first epoch ended); start it again with: captioner train --config "
+                                  f"{run_dir / 'config.yaml'} --run-dir {run_dir}")
         ckpt = load_checkpoint(run_dir / "last.safetensors")
         if ckpt.optimizer is None or not ckpt.train_state:
             raise CheckpointError(f"{run_dir}/last.safetensors holds no training state; it cannot be resumed")
+        changed = [f"model.{k}: checkpoint {getattr(ckpt.model_config, k)!r}, config.yaml {v!r}" for k, v in asdict(cfg.model).items()
+                   if k not in ("feature_dim", "vocab_size") and getattr(ckpt.model_config, k) != v]
+        if changed:  # before any feature extraction, and naming the keys
+            raise CheckpointError(f"{run_dir}: config.yaml no longer matches the run's checkpoint ({'; '.join(changed)}); "
+                                  "undo the edit, or start a new run")
         state = from_dict(TrainState, ckpt.train_state)
         if state.finished:
             log.info("run %s already finished (epoch %d); nothing to do", run_dir, state.epoch)
@@ -414,10 +438,12 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
     else:
         state = TrainState()
         run_dir = run_dir or _new_run_dir(cfg)
-    torch.manual_seed(cfg.train.seed)
     prep = prepare_data(cfg, device, vocab=ckpt.vocab if ckpt else None)
     if ckpt is not None and ckpt.model_config != prep.model_config:
         raise CheckpointError(f"{run_dir}: the checkpoint's model config differs from the run's config.yaml")
+    # Seeded after data preparation, which may or may not draw random numbers (a feature extraction's DataLoader
+    # does, a cache hit does not): the same seed must give the same run whether or not the cache existed.
+    torch.manual_seed(cfg.train.seed)
     decoder = ShowTellDecoder(prep.model_config).to(device)
     optimizer = build_optimizer(decoder, cfg.train)
     if ckpt is not None:
@@ -433,8 +459,8 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
         run_dir.mkdir(parents=True, exist_ok=True)
         # The recorded config is resolved: absolute data root, so `--resume` works from any working directory.
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
-        save_config(cfg, run_dir / "config.yaml")
-        (run_dir / "vocab.json").write_text(prep.vocab.to_json())
+        _replace_atomically(run_dir / "config.yaml", lambda tmp: save_config(cfg, tmp))  # resume reads it back
+        _replace_atomically(run_dir / "vocab.json", lambda tmp: tmp.write_text(prep.vocab.to_json()))
         log.info("run folder %s: %d train captions (%d images), %d val captions, vocabulary %d words, %d decoder parameters",
                  run_dir, len(prep.train_set), len(prep.train_set.store.ids), len(prep.val_set), len(prep.vocab),
                  sum(p.numel() for p in decoder.parameters()))
@@ -458,6 +484,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
                 log.warning("stopped at epoch %d, batch %d", state.epoch + 1, state.batch_in_epoch)
                 raise TrainingInterrupted(run_dir, flag.signum)
             val_loss = evaluate(model, val_loader, device, cfg.train.amp)
+            if not math.isfinite(val_loss):  # never let non-finite weights overwrite `last` or `best`
+                raise TrainingError(f"validation loss became {val_loss} after epoch {state.epoch + 1}; "
+                                    "stopping with the last good checkpoint kept (lower train.lr or set train.grad_clip)")
             row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(train_loss, 5),
                                    "val_loss": round(val_loss, 5), "lr": optimizer.param_groups[0]["lr"],
                                    "seconds": round(time.time() - t0, 2)}
