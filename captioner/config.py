@@ -112,6 +112,46 @@ class TrainConfig:
 
 
 @dataclass
+class ScstConfig:
+    """Self-critical fine-tuning (`captioner scst`, Rennie et al. 2017) of a cross-entropy checkpoint."""
+
+    init: str = ""  # XE checkpoint to start from (run/best); `captioner scst --init` sets it
+    epochs: int = 10
+    batch_size: int = 50  # images per step; each contributes `samples` sampled captions
+    samples: int = 5  # captions sampled per image (on-policy, at `temperature`)
+    # mean: mean reward of the image's other samples; greedy: the model's greedy caption (Rennie et al.). On the COCO
+    # subset the greedy baseline with T = 1 samples made the model stop ending captions (docs/research.md)
+    baseline: str = "mean"
+    temperature: float = 0.5  # policy = the model at this temperature (greedy decoding is the same at any T)
+    sample_dropout: bool = False  # draw samples with dropout on (train mode, as ruotianluo's code; T = 1 only)
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 2.0
+    max_len: int = 16  # words per sampled, greedy and validation caption
+    select: str = "greedy"  # greedy | beam: validation CIDEr-D that picks `best`
+    beam_size: int = 3  # for select = beam (and the beam column of the log)
+    val_beam: bool = True  # also log beam CIDEr-D every epoch (costs a beam search over val)
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("greedy", "mean"):
+            raise ConfigError(f"scst.baseline must be greedy or mean, got {self.baseline!r}")
+        if self.select not in ("greedy", "beam"):
+            raise ConfigError(f"scst.select must be greedy or beam, got {self.select!r}")
+        if self.baseline == "mean" and self.samples < 2:
+            raise ConfigError(f"scst.baseline=mean needs scst.samples >= 2, got {self.samples}")
+        for name in ("epochs", "batch_size", "samples", "max_len", "beam_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"scst.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"scst.lr must be > 0, got {self.lr}")
+        if not 0 < self.temperature <= 10:
+            raise ConfigError(f"scst.temperature must be in (0, 10], got {self.temperature}")
+        if self.temperature != 1.0 and self.sample_dropout:
+            raise ConfigError("scst.sample_dropout=true needs scst.temperature=1.0: other temperatures re-score the "
+                              "draws in a second pass, where dropout would draw other masks")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     output_dir: str = "runs"
@@ -120,6 +160,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
 
 
 # --------------------------------------------------------------------------- building from dicts

@@ -57,12 +57,16 @@ class ShowTellDecoder(nn.Module):
             hidden = self.out_proj(hidden)
         return self.head(hidden)
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                sample_prob: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing. captions [B, T] = <start> w1..wn <end> <pad>..., lengths = n + 2.
 
         Returns (logits [N, V], targets [N]) over the N real target positions only, so the vocabulary projection
-        never runs on padding.
+        never runs on padding. `sample_prob` > 0 switches to scheduled sampling (a slower step-by-step loop);
+        at 0 the packed single-call LSTM path runs, unchanged.
         """
+        if sample_prob > 0:
+            return self.forward_scheduled(features, captions, lengths, sample_prob)
         inputs, targets = captions[:, :-1], captions[:, 1:]
         x = torch.cat([self.embed_image(features).unsqueeze(1), self.embed(inputs)], dim=1)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -71,6 +75,35 @@ class ShowTellDecoder(nn.Module):
         out = out[:, 1:]  # the output after the image alone predicts nothing (Show and Tell's t = -1)
         mask = torch.arange(targets.shape[1], device=lengths.device)[None, :] < (lengths - 1)[:, None]
         return self.logits(out[mask]), targets[mask]
+
+    def forward_scheduled(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                          sample_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scheduled sampling (Bengio et al. 2015): same inputs and outputs as `forward`, but each input word after
+        <start> is, with probability `sample_prob` per caption and step, a word drawn from the model's own previous
+        prediction instead of the ground truth, so training sees the prefixes the model makes at test time.
+
+        The draw is not differentiated through (as in the paper). Random numbers come from torch's global RNG and
+        their number does not depend on the captions' words, so a seeded run is reproducible (and resumable).
+        """
+        if not 0.0 <= sample_prob <= 1.0:
+            raise ValueError(f"sample_prob must be in [0, 1], got {sample_prob}")
+        inputs, targets = captions[:, :-1], captions[:, 1:]
+        batch, steps = inputs.shape[0], int(lengths.max()) - 1
+        state = self.init_state(features)
+        feed, step_logits = inputs[:, 0], []
+        for t in range(steps):
+            if t > 0 and sample_prob > 0:
+                with torch.no_grad():
+                    own = torch.multinomial(torch.softmax(step_logits[-1].detach().float(), dim=-1), 1).squeeze(1)
+                    use_own = torch.rand(batch, device=inputs.device) < sample_prob
+                feed = torch.where(use_own, own, inputs[:, t])
+            elif t > 0:
+                feed = inputs[:, t]
+            logits, state = self.step(feed, state)
+            step_logits.append(logits)
+        logits = torch.stack(step_logits, dim=1)  # [B, steps, V]
+        mask = torch.arange(steps, device=lengths.device)[None, :] < (lengths - 1)[:, None]
+        return logits[mask], targets[:, :steps][mask]
 
     # ---- step interface used by captioner.decoding -------------------------------------------------------------
 

@@ -4,6 +4,9 @@
     captioner train --config configs/coco_subset.yaml train.epochs=3 model.hidden_size=256
     captioner train --resume runs/<run>/
     torchrun --nproc_per_node=2 -m captioner train --config configs/coco_subset.yaml
+
+Under torchrun, `train.batch_size` is the global batch: each of the N processes takes batch_size / N, so a run
+optimises the same way whatever N is (docs/research.md has multi-node launch, AMP and SCST).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
@@ -30,7 +34,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
 from .data import Sample, load_split
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from .encoders import create_encoder
 from .features import FeatureStore, load_or_extract
 from .model import ShowTellDecoder, caption_loss
@@ -64,6 +68,12 @@ def resolve_device(spec: str, dist_info: DistInfo | None = None) -> torch.device
     return torch.device(spec)
 
 
+def check_amp(amp: str, device: torch.device) -> None:
+    """fp16 is a CUDA-only option: CPU autocast has no fp16 LSTM (and fp16 would need loss scaling anyway)."""
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {device}); use train.amp=bf16 or off")
+
+
 def autocast_context(amp: str, device: torch.device):
     """bf16 autocast on CUDA by default; off on CPU unless asked (CPU bf16 is slower on most laptops)."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
@@ -90,6 +100,14 @@ def scheduled_sampling_prob(epoch: int, cfg: TrainConfig) -> float:
     if cfg.scheduled_sampling_ramp <= 0:
         return cfg.scheduled_sampling
     return cfg.scheduled_sampling * min(1.0, epoch / cfg.scheduled_sampling_ramp)
+
+
+def global_batch_split(batch_size: int, world_size: int) -> int:
+    """Per-rank batch for a global `train.batch_size`: the same optimisation whatever the number of processes."""
+    if batch_size % world_size != 0:
+        raise ConfigError(f"train.batch_size={batch_size} is the global batch and must be divisible by the "
+                          f"{world_size} processes (each takes batch_size / {world_size})")
+    return batch_size // world_size
 
 
 # --------------------------------------------------------------------------- data
@@ -180,12 +198,20 @@ def train_one_epoch(
     total_steps: int,
     stop_requested: callable,
     show_progress: bool = True,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, bool]:
-    """Run (the rest of) one epoch. Returns (mean train loss of the epoch so far, interrupted?)."""
+    """Run (the rest of) one epoch. Returns (mean train loss of the epoch so far, interrupted?).
+
+    Under DDP the stop decision is all-reduced every step, so all ranks leave at the same batch (a rank that
+    stopped alone would leave the others waiting in the gradient all-reduce).
+    """
     model.train()
     steps_per_epoch = len(loader)
     base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
+    if scaler is None and cfg.amp == "fp16":
+        scaler = torch.amp.GradScaler(device.type)  # fp16 only: bf16 has fp32's range and needs no loss scaling
+    ss_prob = scheduled_sampling_prob(state.epoch, cfg)
+    forward_kwargs = {"sample_prob": ss_prob} if ss_prob > 0 else {}  # off: the packed teacher-forcing call, unchanged
     interrupted = False
     bar = tqdm(total=steps_per_epoch, initial=state.batch_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                unit="batch", disable=not show_progress, dynamic_ncols=True, leave=False)
@@ -197,8 +223,8 @@ def train_one_epoch(
             g["lr"] = base * factor
         feats, caps, lengths = feats.to(device, non_blocking=True), caps.to(device), lengths.to(device)
         with autocast_context(cfg.amp, device):
-            logits, targets = model(feats, caps, lengths)
-        loss = caption_loss(logits, targets, cfg.label_smoothing)
+            logits, targets = model(feats, caps, lengths, **forward_kwargs)
+        loss = caption_loss(logits, targets, cfg.label_smoothing)  # in fp32, outside autocast
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {state.step}; "
                                 "stopping with the last good checkpoint kept (lower train.lr or set train.grad_clip)")
@@ -225,7 +251,10 @@ def train_one_epoch(
         bar.update(1)
         if state.batch_in_epoch % 10 == 0:
             bar.set_postfix(loss=f"{state.epoch_loss_sum / state.batch_in_epoch:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-        if stop_requested():
+        stop = stop_requested()
+        if dist.is_available() and dist.is_initialized():
+            stop = all_reduce_sum([float(stop)], device)[0] > 0
+        if stop:
             interrupted = True
             break
     bar.close()
@@ -409,6 +438,7 @@ def train(cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = Fal
     dist_info = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = resolve_device(cfg.train.device, dist_info)
     try:
+        check_amp(cfg.train.amp, device)
         return _train(cfg, run_dir, resume, device, dist_info, show_progress and dist_info.is_main, stop_after_steps)
     finally:
         cleanup_distributed()
@@ -438,7 +468,18 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
     else:
         state = TrainState()
         run_dir = run_dir or _new_run_dir(cfg)
-    prep = prepare_data(cfg, device, vocab=ckpt.vocab if ckpt else None)
+    run_dir = all_gather_objects(run_dir)[0]  # rank 0's folder (a timestamped name could differ across ranks)
+    per_rank_batch = global_batch_split(cfg.train.batch_size, dist_info.world_size)
+    # Rank 0 fills the feature cache first; the others wait, then read it (one extraction, no racing writers).
+    # If rank 0 fails, it still releases the others, which then meet the same error themselves instead of hanging.
+    if dist_info.is_main:
+        try:
+            prep = prepare_data(cfg, device, vocab=ckpt.vocab if ckpt else None)
+        finally:
+            barrier()
+    else:
+        barrier()
+        prep = prepare_data(cfg, device, vocab=ckpt.vocab if ckpt else None)
     if ckpt is not None and ckpt.model_config != prep.model_config:
         raise CheckpointError(f"{run_dir}: the checkpoint's model config differs from the run's config.yaml")
     # Seeded after data preparation, which may or may not draw random numbers (a feature extraction's DataLoader
@@ -451,8 +492,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
         optimizer.load_state_dict(ckpt.optimizer)
         set_rng_state(ckpt.rng)
     model = DistributedDataParallel(decoder) if dist_info.enabled else decoder
-    train_loader, sampler = prep.train_set.loader(cfg.train.batch_size, dist_info, cfg.train.seed, shuffle=True)
-    val_loader, _ = prep.val_set.loader(cfg.train.batch_size * 2, dist_info, cfg.train.seed, shuffle=False)
+    train_loader, sampler = prep.train_set.loader(per_rank_batch, dist_info, cfg.train.seed, shuffle=True)
+    val_loader, _ = prep.val_set.loader(per_rank_batch * 2, dist_info, cfg.train.seed, shuffle=False)
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None  # kept across epochs
     total_steps = cfg.train.epochs * len(train_loader)
 
     if dist_info.is_main:
@@ -477,12 +519,15 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
             t0 = time.time()
             sampler.set_epoch(state.epoch)
             train_loss, interrupted = train_one_epoch(model, train_loader, optimizer, state, cfg.train, device, total_steps,
-                                                      stop, show_progress)
+                                                      stop, show_progress, scaler)
             if interrupted:
                 save("last")
                 barrier()
                 log.warning("stopped at epoch %d, batch %d", state.epoch + 1, state.batch_in_epoch)
                 raise TrainingInterrupted(run_dir, flag.signum)
+            if dist_info.enabled:  # the mean over all ranks' batches, as one process would log it
+                loss_sum, batches = all_reduce_sum([state.epoch_loss_sum, float(state.batch_in_epoch)], device)
+                train_loss = loss_sum / max(batches, 1.0)
             val_loss = evaluate(model, val_loader, device, cfg.train.amp)
             if not math.isfinite(val_loss):  # never let non-finite weights overwrite `last` or `best`
                 raise TrainingError(f"validation loss became {val_loss} after epoch {state.epoch + 1}; "
@@ -490,11 +535,15 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
             row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(train_loss, 5),
                                    "val_loss": round(val_loss, 5), "lr": optimizer.param_groups[0]["lr"],
                                    "seconds": round(time.time() - t0, 2)}
+            if cfg.train.scheduled_sampling > 0:
+                row["ss_prob"] = round(scheduled_sampling_prob(state.epoch, cfg.train), 5)
             figure = val_loss
             if cfg.train.select_metric == "cider" and ((state.epoch + 1) % cfg.train.cider_every == 0 or state.epoch + 1 == cfg.train.epochs):
                 from .evaluate import greedy_cider
 
-                row["val_cider"] = round(greedy_cider(decoder, prep.val_samples, prep.val_set.store, prep.vocab, device), 5)
+                # Rank 0 scores, every rank gets its number: best and early stopping agree across ranks.
+                cider = greedy_cider(decoder, prep.val_samples, prep.val_set.store, prep.vocab, device) if dist_info.is_main else None
+                row["val_cider"] = round(all_gather_objects(cider)[0], 5)
                 figure = -row["val_cider"]
             elif cfg.train.select_metric == "cider":
                 figure = None
