@@ -6,7 +6,8 @@ import importlib
 import logging
 import sys
 
-# subcommand -> module that owns it (imported lazily so `captioner --help` stays fast)
+# subcommand -> (module that owns it, help). Only the chosen module is imported, so `captioner caption` does not
+# pay for gradio and `captioner --help` is instant.
 COMMANDS = {
     "train": ("captioner.train", "train a model (cross-entropy)"),
     "caption": ("captioner.inference", "caption images or folders"),
@@ -18,30 +19,45 @@ COMMANDS = {
 }
 
 
+def _load(name: str):
+    """The command's module, or None where this build does not ship it."""
+    module = COMMANDS[name][0]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:
+            return None
+        raise
+    return mod if hasattr(mod, "get_args_parser") else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="captioner", description="Image captioning toolkit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    available = {}
-    for name, (module, help_text) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:  # command not shipped in this build
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    mods = {}
+    for name, (_, help_text) in COMMANDS.items():
+        if name == chosen:
+            mod = _load(name)
+            if mod is None:
                 continue
-            raise
-        sub.add_parser(name, parents=[mod.get_args_parser(add_help=False)], help=help_text, description=help_text)
-        available[name] = mod
+            mods[name] = mod
+            sub.add_parser(name, parents=[mod.get_args_parser(add_help=False)], help=help_text, description=help_text)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
+    if args.command not in mods:
+        parser.error(f"command {args.command!r} is not available in this installation")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .errors import USER_ERRORS
 
     try:
-        result = available[args.command].main(args)
+        result = mods[args.command].main(args)
     except USER_ERRORS as err:
         print(f"captioner {args.command}: error: {err}", file=sys.stderr)
         return 2
