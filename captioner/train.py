@@ -68,10 +68,25 @@ def resolve_device(spec: str, dist_info: DistInfo | None = None) -> torch.device
     return torch.device(spec)
 
 
+def cpu_bf16_lstm_supported() -> bool:
+    """Whether this CPU runs an LSTM under bf16 autocast: oneDNN builds its bf16 LSTM only on CPUs with bf16
+    instructions (AVX512-BF16 / AMX); elsewhere it fails deep inside the first forward pass."""
+    lstm = torch.nn.LSTM(4, 4, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 4))
+    except RuntimeError:
+        return False
+    return True
+
+
 def check_amp(amp: str, device: torch.device) -> None:
     """fp16 is a CUDA-only option: CPU autocast has no fp16 LSTM (and fp16 would need loss scaling anyway)."""
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp=fp16 needs a CUDA device (this run is on {device}); use train.amp=bf16 or off")
+    if amp == "bf16" and device.type == "cpu" and not cpu_bf16_lstm_supported():
+        raise ConfigError("train.amp=bf16: this CPU has no bf16 LSTM kernel (it needs AVX512-BF16 or AMX); "
+                          "use train.amp=off")
 
 
 def autocast_context(amp: str, device: torch.device):
@@ -485,7 +500,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
     # Seeded after data preparation, which may or may not draw random numbers (a feature extraction's DataLoader
     # does, a cache hit does not): the same seed must give the same run whether or not the cache existed.
     torch.manual_seed(cfg.train.seed)
-    decoder = ShowTellDecoder(prep.model_config).to(device)
+    decoder = ShowTellDecoder(prep.model_config)
+    decoder.set_feature_stats(prep.train_set.store.features)  # a resumed run loads the same values back below
+    decoder = decoder.to(device)
     optimizer = build_optimizer(decoder, cfg.train)
     if ckpt is not None:
         decoder.load_state_dict(ckpt.decoder)

@@ -21,8 +21,8 @@ from captioner.distributed import DistInfo
 from captioner.features import FeatureStore
 from captioner.model import ShowTellDecoder
 from captioner.synthetic import config_overrides, make_dataset
-from captioner.train import (CaptionSet, TrainState, autocast_context, build_optimizer, check_amp, global_batch_split,
-                             train, train_one_epoch)
+from captioner.train import (CaptionSet, TrainState, autocast_context, build_optimizer, check_amp,
+                             cpu_bf16_lstm_supported, global_batch_split, train, train_one_epoch)
 from captioner.vocab import Vocabulary
 
 torch.set_num_threads(1)
@@ -137,6 +137,14 @@ def _tiny_training(amp: str, device: str = "cpu"):
     return losses, set(dtypes), state.step, changed, decoder
 
 
+def test_bf16_on_a_cpu_without_bf16_lstm_is_a_clear_config_error():
+    if cpu_bf16_lstm_supported():
+        pytest.skip("this CPU has a bf16 LSTM kernel; test_bf16_autocast_trains_on_cpu covers it")
+    with pytest.raises(ConfigError, match="no bf16 LSTM kernel"):
+        check_amp("bf16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not cpu_bf16_lstm_supported(), reason="this CPU has no bf16 LSTM kernel (needs AVX512-BF16 or AMX)")
 def test_bf16_autocast_trains_on_cpu():
     losses, dtypes, steps, changed, decoder = _tiny_training("bf16")
     assert dtypes == {torch.bfloat16}  # the head really ran under bf16 autocast
@@ -157,7 +165,8 @@ def test_amp_auto_is_off_on_cpu_and_fp16_needs_cuda():
     assert dtypes == {torch.float32}
     with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
         check_amp("fp16", cpu)
-    check_amp("bf16", cpu)  # allowed
+    if cpu_bf16_lstm_supported():
+        check_amp("bf16", cpu)  # allowed where the CPU can run it
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a GradScaler needs CUDA (none here)")
