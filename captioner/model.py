@@ -21,6 +21,11 @@ class ShowTellDecoder(nn.Module):
         if cfg.feature_dim <= 0 or cfg.vocab_size <= 4:
             raise ValueError(f"ModelConfig needs feature_dim and vocab_size filled in, got {cfg}")
         self.cfg = cfg
+        # Per-dimension mean and std of the training features (set_feature_stats), as buffers so that they travel in
+        # every checkpoint. Pooled CNN features share a large constant part; standardized, the part that tells images
+        # apart drives the image embedding, and the LSTM learns to use the image many epochs sooner.
+        self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
+        self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
         self.feature_dropout = nn.Dropout(cfg.feature_dropout)
         self.image_proj = nn.Linear(cfg.feature_dim, cfg.embed_size)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, padding_idx=0)
@@ -48,7 +53,19 @@ class ShowTellDecoder(nn.Module):
                 n = p.shape[0] // 4
                 p.data[n : 2 * n] = 1.0
 
+    @torch.no_grad()
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Standardize image features with the statistics of the training set's features [N, feature_dim]."""
+        features = features.float()
+        self.feature_mean.copy_(features.mean(0))
+        if len(features) < 2:
+            return  # no spread to measure: keep the identity
+        std = features.std(0)
+        # A floor relative to the typical spread: a (nearly) constant dimension must not be blown up into noise.
+        self.feature_std.copy_(std.clamp_min(0.1 * float(std.mean()) + 1e-6))
+
     def embed_image(self, features: torch.Tensor) -> torch.Tensor:
+        features = (features - self.feature_mean) / self.feature_std
         return self.image_proj(self.feature_dropout(features))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
