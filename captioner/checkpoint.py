@@ -202,3 +202,22 @@ def _check_decoder(p: Path, model_config: ModelConfig, decoder: dict[str, torch.
     bad = [k for k, v in decoder.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{p}: non-finite values in {', '.join('decoder.' + k for k in bad[:3])}; the checkpoint is damaged")
+
+
+def export_model(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A slim copy of a checkpoint for shipping: weights, model config, vocabulary, the experiment config and the
+    training history, without optimizer and RNG state (it can be captioned with, not resumed)."""
+    from .encoders import create_encoder
+    from .model import ShowTellDecoder
+
+    ckpt = load_checkpoint(src)
+    decoder = ShowTellDecoder(ckpt.model_config)
+    decoder.load_state_dict(ckpt.decoder)
+    encoder = None
+    if ckpt.encoder is not None:
+        encoder = create_encoder(ckpt.model_config.encoder, pretrained=False)
+        encoder.load_state_dict(ckpt.encoder)
+    keep = ("epoch", "step", "best", "best_epoch", "history", "finished")
+    return save_checkpoint(dst, model_config=ckpt.model_config, vocab=ckpt.vocab, decoder=decoder, encoder=encoder,
+                           train_state={k: v for k, v in ckpt.train_state.items() if k in keep},
+                           experiment=ckpt.experiment)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from captioner.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from captioner.checkpoint import CheckpointError, export_model, load_checkpoint, resolve_checkpoint, save_checkpoint
 from captioner.config import ModelConfig
 from captioner.model import ShowTellDecoder
 from captioner.vocab import Vocabulary
@@ -71,6 +71,32 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, tie):
     for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert resolve_checkpoint(tmp_path) == path
+
+
+def test_feature_statistics_standardize_and_travel_in_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg()
+    feats = 5.0 + 3.0 * torch.randn(200, 12)
+    feats[:, 0] = 7.0  # a constant dimension keeps a floor instead of dividing by zero
+    dec = ShowTellDecoder(cfg).eval()
+    dec.set_feature_stats(feats)
+    z = (feats - dec.feature_mean) / dec.feature_std
+    assert torch.allclose(z[:, 1:].mean(0), torch.zeros(11), atol=1e-5)
+    assert torch.allclose(z[:, 1:].std(0), torch.ones(11), atol=1e-5)
+    assert torch.isfinite(z).all() and z[:, 0].abs().max() == 0
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(16)])
+    opt = torch.optim.AdamW(dec.parameters())
+    full = save_checkpoint(tmp_path / "last", model_config=cfg, vocab=vocab, decoder=dec, optimizer=opt,
+                           rng={"torch": torch.get_rng_state()}, train_state={"epoch": 3, "best": 1.5, "step": 9})
+    slim = export_model(full, tmp_path / "model.safetensors")
+    ck = load_checkpoint(slim)
+    assert ck.optimizer is None and not ck.rng and ck.train_state == {"epoch": 3, "best": 1.5, "step": 9}
+    assert slim.stat().st_size < full.stat().st_size
+    dec2 = ShowTellDecoder(ck.model_config).eval()
+    dec2.load_state_dict(ck.decoder)
+    assert torch.equal(dec2.feature_mean, dec.feature_mean) and torch.equal(dec2.feature_std, dec.feature_std)
+    _, caps, lengths = _batch()
+    assert torch.equal(dec(feats[:3], caps, lengths)[0], dec2(feats[:3], caps, lengths)[0])
 
 
 def test_damaged_and_foreign_checkpoints_are_refused(tmp_path):
