@@ -186,6 +186,9 @@ def scst(cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = Fals
         ckpt = load_checkpoint(s.init)
         state = TrainState()
         run_dir = run_dir or _new_run_dir(cfg)
+    if ckpt.encoder is not None:  # SCST samples on cached features of the pretrained encoder
+        raise CheckpointError(f"{s.init if not resume else run_dir}: its encoder was fine-tuned (train.finetune_encoder); "
+                              "captioner scst trains on cached features of the pretrained encoder and cannot start from it")
     model_cfg, vocab = ckpt.model_config, ckpt.vocab
     cfg.model = model_cfg  # the record says what was trained: the checkpoint's model, not the file's defaults
 

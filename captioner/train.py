@@ -3,6 +3,7 @@
     captioner train --config configs/coco_subset.yaml
     captioner train --config configs/coco_subset.yaml train.epochs=3 model.hidden_size=256
     captioner train --resume runs/<run>/
+    captioner train --config configs/coco_subset.yaml train.finetune_encoder=true   # end to end from images (GPU)
     torchrun --nproc_per_node=2 -m captioner train --config configs/coco_subset.yaml
 
 Under torchrun, `train.batch_size` is the global batch: each of the N processes takes batch_size / N, so a run
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -33,10 +35,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, from_dict, load_config, save_config, to_dict
-from .data import Sample, load_split
+from .data import DataError, Sample, load_split
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from .encoders import create_encoder
-from .features import FeatureStore, load_or_extract
+from .encoders import Encoder, EncoderSpec, build_transform, create_encoder
+from .features import FeatureStore, extract_features, load_or_extract
+from .images import ImageError, load_image
 from .model import ShowTellDecoder, caption_loss
 from .vocab import Vocabulary
 
@@ -185,6 +188,115 @@ class CaptionSet:
         loader = DataLoader(_Indices(len(self)), batch_size=batch_size, sampler=sampler, collate_fn=self.collate,
                             generator=torch.Generator().manual_seed(seed))
         return loader, sampler
+
+
+# --------------------------------------------------------------------------- end-to-end training (train.finetune_encoder)
+
+
+class EncoderDecoder(torch.nn.Module):
+    """Encoder and decoder as one module: forward(images, ...) = decoder(encoder(images), ...), so train_one_epoch,
+    evaluate, gradient clipping and DDP take it exactly as they take the decoder on cached features."""
+
+    def __init__(self, encoder: Encoder, decoder: ShowTellDecoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, images: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(self.encoder(images), captions, lengths, **kwargs)
+
+
+def augmentation_seed(seed: int, epoch: int, row: int) -> int:
+    """The random crop/jitter/flip of caption row `row` in `epoch`: a pure function of the three, so the images a run
+    sees do not depend on the number of workers or processes, nor on whether the run was interrupted and resumed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{epoch}/{row}".encode()).digest()[:8], "little")
+
+
+class _ImageSampler(DistributedSampler):
+    """CaptionSet's sampler (the same rows in the same order for the same seed and epoch) that hands the dataset
+    (epoch, row, load) keys: the epoch for the augmentation seeds, and load=False for the first `skip_batches`
+    batches, those a resumed epoch has already done, so that their images are not read only to be skipped."""
+
+    def __init__(self, *args: Any, batch_size: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.batch_size, self.skip_batches = batch_size, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
+        skip = self.skip_batches * self.batch_size
+        return ((self.epoch, row, pos >= skip) for pos, row in enumerate(super().__iter__()))
+
+
+class ImageCaptionSet(Dataset):
+    """The (image, caption) pairs of a CaptionSet with the images read from disk and put through `build_transform`
+    (train: random crop, jitter, flip; eval: resize and center crop) in DataLoader workers.
+
+    Same rows, vocabulary encoding, sampler and seed as the CaptionSet, so captions come in the same order as on
+    cached features. The CaptionSet holds only images that have cached features, so every image here was readable
+    when prepare_data checked the cache; one that breaks during the run stops it with a DataError naming it.
+    """
+
+    def __init__(self, caption_set: CaptionSet, samples: Sequence[Sample], spec: EncoderSpec, train: bool, seed: int):
+        by_id = {s.image_id: s.path for s in samples}
+        self.paths = [by_id[k] for k in caption_set.image_ids]  # one per caption row
+        self.captions, self.lengths = caption_set.captions, caption_set.lengths  # not the feature store: workers stay small
+        self.transform = build_transform(spec, train=train)
+        self.augment, self.seed = train, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: tuple[int, int, bool]) -> tuple[int, torch.Tensor | None]:
+        epoch, row, load = key
+        if not load:
+            return row, None
+        try:
+            image = load_image(self.paths[row])
+        except ImageError as err:
+            raise DataError(f"{self.paths[row]} could not be read during training ({err}), though it was readable when "
+                            "the feature cache was checked; restore the file and resume the run") from None
+        if not self.augment:
+            return row, self.transform(image)
+        # The transforms draw from the global CPU generator: seed it per row, and give the caller's state back (with
+        # train.num_workers=0 this runs in the training process, whose dropout masks must not depend on it).
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(augmentation_seed(self.seed, epoch, row))
+            return row, self.transform(image)
+
+    def collate(self, batch: list[tuple[int, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.tensor([row for row, _ in batch], dtype=torch.long)
+        lengths = self.lengths[idx]
+        caps = self.captions[idx, : int(lengths.max())]
+        if any(x is None for _, x in batch):  # a batch that a resumed epoch had already done: train_one_epoch skips it
+            return torch.empty(0), caps, lengths
+        return torch.stack([x for _, x in batch]), caps, lengths
+
+    def loader(self, batch_size: int, dist_info: DistInfo, seed: int, shuffle: bool, num_workers: int,
+               pin_memory: bool) -> tuple[DataLoader, _ImageSampler]:
+        sampler = _ImageSampler(_Indices(len(self)), num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                shuffle=shuffle, seed=seed, drop_last=False, batch_size=batch_size)
+        loader = DataLoader(self, batch_size=batch_size, sampler=sampler, collate_fn=self.collate, num_workers=num_workers,
+                            pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+        return loader, sampler
+
+
+def trainable_encoder(name: str, device: torch.device) -> Encoder:
+    """The pretrained encoder, unfrozen (gradients on, train-mode BatchNorm) for end-to-end training."""
+    encoder = create_encoder(name, pretrained=True)
+    if not any(True for _ in encoder.parameters()):
+        raise ConfigError(f"train.finetune_encoder=true: encoder {name!r} has no parameters to fine-tune")
+    return encoder.to(device).unfreeze()
+
+
+def encoder_val_features(encoder: Encoder, samples: Sequence[Sample], cfg: ExperimentConfig,
+                         device: torch.device) -> FeatureStore:
+    """Validation features from the encoder as it is now (eval mode, eval transform), for CIDEr while fine-tuning.
+    The global RNG is given back untouched, so training draws the same numbers whatever `train.select_metric` is."""
+    was_training = encoder.training
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return extract_features(encoder, samples, cfg.features, device, desc="val features (fine-tuned encoder)")
+    finally:
+        encoder.train(was_training)
 
 
 # --------------------------------------------------------------------------- one epoch, evaluation
@@ -389,6 +501,7 @@ class Prepared:
     val_set: CaptionSet
     val_samples: list[Sample]
     model_config: ModelConfig
+    train_samples: list[Sample] = field(default_factory=list)  # readable ones: the image files of end-to-end training
 
 
 def prepare_data(cfg: ExperimentConfig, device: torch.device, vocab: Vocabulary | None = None, quiet: bool = False) -> Prepared:
@@ -407,20 +520,32 @@ def prepare_data(cfg: ExperimentConfig, device: torch.device, vocab: Vocabulary 
         CaptionSet.build(val_samples, val_store, vocab, cfg.vocab.max_len),
         [s for s in val_samples if s.image_id in val_store.index],
         model_cfg,
+        [s for s in train_samples if s.image_id in train_store.index],
     )
 
 
-def build_optimizer(decoder: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and embeddings (the usual nanoGPT split)."""
+def build_optimizer(decoder: torch.nn.Module, cfg: TrainConfig,
+                    encoder: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings (the usual nanoGPT split).
+
+    With a fine-tuned `encoder`, its parameters follow the two decoder groups in two more groups at `train.encoder_lr`
+    (decay on conv/linear weights, none on BatchNorm and biases). Every group keeps its own `initial_lr`, which the
+    schedule of train_one_epoch multiplies, so encoder and decoder follow the same warmup and decay.
+    """
     decay, no_decay = [], []
     for name, p in decoder.named_parameters():
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if encoder is not None:
+        enc_decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim >= 2]
+        enc_no_decay = [p for p in encoder.parameters() if p.requires_grad and p.ndim < 2]
+        groups += [g for g in ({"params": enc_decay, "weight_decay": cfg.weight_decay, "lr": cfg.encoder_lr},
+                               {"params": enc_no_decay, "weight_decay": 0.0, "lr": cfg.encoder_lr}) if g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
     for g in opt.param_groups:
-        g["initial_lr"] = cfg.lr
+        g["initial_lr"] = g["lr"]
     return opt
 
 
@@ -447,9 +572,6 @@ def train(cfg: ExperimentConfig, run_dir: Path | None = None, resume: bool = Fal
 
     `stop_after_steps` behaves like a SIGINT after that many optimizer steps (for tests of exact resumption).
     """
-    if cfg.train.finetune_encoder:
-        raise ConfigError("train.finetune_encoder=true: end-to-end training from images is not implemented in this release; "
-                          "train on cached features (the default)")
     dist_info = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = resolve_device(cfg.train.device, dist_info)
     try:
@@ -471,6 +593,9 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
         ckpt = load_checkpoint(run_dir / "last.safetensors")
         if ckpt.optimizer is None or not ckpt.train_state:
             raise CheckpointError(f"{run_dir}/last.safetensors holds no training state; it cannot be resumed")
+        if (ckpt.encoder is not None) != cfg.train.finetune_encoder:
+            raise CheckpointError(f"{run_dir}: the run was trained with train.finetune_encoder="
+                                  f"{str(ckpt.encoder is not None).lower()}; resume it with that setting")
         changed = [f"model.{k}: checkpoint {getattr(ckpt.model_config, k)!r}, config.yaml {v!r}" for k, v in asdict(cfg.model).items()
                    if k not in ("feature_dim", "vocab_size") and getattr(ckpt.model_config, k) != v]
         if changed:  # before any feature extraction, and naming the keys
@@ -503,14 +628,27 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
     decoder = ShowTellDecoder(prep.model_config)
     decoder.set_feature_stats(prep.train_set.store.features)  # a resumed run loads the same values back below
     decoder = decoder.to(device)
-    optimizer = build_optimizer(decoder, cfg.train)
+    # Fine-tuning: the pretrained encoder, unfrozen. The decoder keeps the feature statistics of the pretrained
+    # encoder's cached features (set above), which the fine-tuned encoder's features start from.
+    encoder = trainable_encoder(cfg.model.encoder, device) if cfg.train.finetune_encoder else None
+    optimizer = build_optimizer(decoder, cfg.train, encoder)
     if ckpt is not None:
         decoder.load_state_dict(ckpt.decoder)
+        if encoder is not None:
+            encoder.load_state_dict(ckpt.encoder)
         optimizer.load_state_dict(ckpt.optimizer)
         set_rng_state(ckpt.rng)
-    model = DistributedDataParallel(decoder) if dist_info.enabled else decoder
-    train_loader, sampler = prep.train_set.loader(per_rank_batch, dist_info, cfg.train.seed, shuffle=True)
-    val_loader, _ = prep.val_set.loader(per_rank_batch * 2, dist_info, cfg.train.seed, shuffle=False)
+    net = decoder if encoder is None else EncoderDecoder(encoder, decoder)
+    model = DistributedDataParallel(net) if dist_info.enabled else net
+    if encoder is None:
+        train_loader, sampler = prep.train_set.loader(per_rank_batch, dist_info, cfg.train.seed, shuffle=True)
+        val_loader, _ = prep.val_set.loader(per_rank_batch * 2, dist_info, cfg.train.seed, shuffle=False)
+    else:  # the same caption rows, sampler and seed, with images instead of cached features
+        workers, pin = cfg.train.num_workers, device.type == "cuda"
+        train_images = ImageCaptionSet(prep.train_set, prep.train_samples, encoder.spec, train=True, seed=cfg.train.seed)
+        val_images = ImageCaptionSet(prep.val_set, prep.val_samples, encoder.spec, train=False, seed=cfg.train.seed)
+        train_loader, sampler = train_images.loader(per_rank_batch, dist_info, cfg.train.seed, True, workers, pin)
+        val_loader, _ = val_images.loader(per_rank_batch * 2, dist_info, cfg.train.seed, False, workers, pin)
     scaler = torch.amp.GradScaler(device.type) if cfg.train.amp == "fp16" else None  # kept across epochs
     total_steps = cfg.train.epochs * len(train_loader)
 
@@ -523,18 +661,25 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
         log.info("run folder %s: %d train captions (%d images), %d val captions, vocabulary %d words, %d decoder parameters",
                  run_dir, len(prep.train_set), len(prep.train_set.store.ids), len(prep.val_set), len(prep.vocab),
                  sum(p.numel() for p in decoder.parameters()))
+        if encoder is not None:
+            log.info("fine-tuning encoder %s end to end: %d parameters at lr %g (decoder lr %g), %d image loading workers",
+                     cfg.model.encoder, sum(p.numel() for p in encoder.parameters()), cfg.train.encoder_lr, cfg.train.lr,
+                     cfg.train.num_workers)
     tb = _tensorboard(run_dir, cfg.train.tensorboard) if dist_info.is_main else None
 
     def save(name: str) -> None:
         if dist_info.is_main:
             save_checkpoint(run_dir / name, model_config=prep.model_config, vocab=prep.vocab, decoder=decoder,
-                            optimizer=optimizer, rng=rng_state(), train_state=asdict(state), experiment=to_dict(cfg))
+                            encoder=encoder, optimizer=optimizer, rng=rng_state(), train_state=asdict(state),
+                            experiment=to_dict(cfg))
 
     with StopFlag() as flag:
         stop = (lambda: flag() or state.step >= stop_after_steps) if stop_after_steps is not None else flag
         while state.epoch < cfg.train.epochs:
             t0 = time.time()
             sampler.set_epoch(state.epoch)
+            if encoder is not None:
+                sampler.skip_batches = state.batch_in_epoch  # done before an interrupt: their images are not read
             train_loss, interrupted = train_one_epoch(model, train_loader, optimizer, state, cfg.train, device, total_steps,
                                                       stop, show_progress, scaler)
             if interrupted:
@@ -552,14 +697,21 @@ def _train(cfg: ExperimentConfig, run_dir: Path | None, resume: bool, device: to
             row: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(train_loss, 5),
                                    "val_loss": round(val_loss, 5), "lr": optimizer.param_groups[0]["lr"],
                                    "seconds": round(time.time() - t0, 2)}
+            if encoder is not None:
+                row["encoder_lr"] = optimizer.param_groups[2]["lr"]
             if cfg.train.scheduled_sampling > 0:
                 row["ss_prob"] = round(scheduled_sampling_prob(state.epoch, cfg.train), 5)
             figure = val_loss
             if cfg.train.select_metric == "cider" and ((state.epoch + 1) % cfg.train.cider_every == 0 or state.epoch + 1 == cfg.train.epochs):
                 from .evaluate import greedy_cider
 
-                # Rank 0 scores, every rank gets its number: best and early stopping agree across ranks.
-                cider = greedy_cider(decoder, prep.val_samples, prep.val_set.store, prep.vocab, device) if dist_info.is_main else None
+                # Rank 0 scores, every rank gets its number: best and early stopping agree across ranks. Fine-tuning:
+                # on features of the encoder as it is now (eval mode), not on the pretrained encoder's cached ones.
+                cider = None
+                if dist_info.is_main:
+                    val_store = (prep.val_set.store if encoder is None
+                                 else encoder_val_features(encoder, prep.val_samples, cfg, device))
+                    cider = greedy_cider(decoder, prep.val_samples, val_store, prep.vocab, device)
                 row["val_cider"] = round(all_gather_objects(cider)[0], 5)
                 figure = -row["val_cider"]
             elif cfg.train.select_metric == "cider":
