@@ -27,7 +27,7 @@ from captioner.vocab import Vocabulary
 
 torch.set_num_threads(1)
 
-EPOCHS = 3
+EPOCHS = 5
 COMMON = ["model.embed_size=32", "model.hidden_size=64", "model.dropout=0.0", "train.batch_size=32", "train.lr=3e-3",
           "train.warmup_steps=5", f"train.epochs={EPOCHS}", "vocab.max_len=10", "name=ddp"]
 
