@@ -23,12 +23,11 @@ def _load(name: str):
     """The command's module, or None where this build does not ship it."""
     module = COMMANDS[name][0]
     try:
-        mod = importlib.import_module(module)
+        return importlib.import_module(module)
     except ModuleNotFoundError as err:
         if err.name == module:
             return None
         raise
-    return mod if hasattr(mod, "get_args_parser") else None
 
 
 def main(argv: list[str] | None = None) -> int:
